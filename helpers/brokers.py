@@ -34,6 +34,7 @@ POM = ROOT / "native" / "kafka" / "pom.xml"
 COMPOSE = ROOT / "docker-compose.yml"
 KAFKA_CLUSTER_ID = "c29wLWNvdXJzZS1rcmFmdA"  # 22 chars of base64: a fixed id for the local cluster
 START_TIMEOUT = 120.0
+LATE_PLUGINS = ("rabbitmq_mqtt",)
 
 
 def kafka_version() -> str:
@@ -418,7 +419,10 @@ stream.advertised_port = {p['stream']}
 log.file.level = info
 log.console = false
 """)
-        (d / "enabled_plugins").write_text("[" + ",".join(RABBITMQ_PLUGINS) + "].\n")
+        # RabbitMQ 3.10's MQTT plugin keeps a Raft cluster of its own that, when every node boots at once,
+        # waits 100 s for a leader; it is enabled online once the node is up instead (see enable_late_plugins).
+        boot = [p for p in RABBITMQ_PLUGINS if p not in LATE_PLUGINS]
+        (d / "enabled_plugins").write_text("[" + ",".join(boot) + "].\n")
 
     def start_epmd(self) -> None:
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
@@ -440,6 +444,26 @@ log.console = false
                 raise BrokerError(f"{n.name} stopped while starting; `python -m helpers.brokers logs {n.name}` shows why.")
             return self.ctl(n, "await_startup", "--timeout", "5", check=False, timeout=30).returncode == 0
         wait_for(booted, timeout, f"{n.name} to boot", interval=1)
+
+    def enable_late_plugins(self, nodes) -> None:
+        """Enable the plugins left out at boot, on every given node at once.
+
+        RabbitMQ 3.10's MQTT plugin keeps client ids in a Raft cluster (``mqtt_node``). On start, a node
+        that was a member asks its peers for the member list *before* it restarts its own Raft server;
+        when every node does that at once, each waits 100 s for the others. Restarting the Raft servers
+        first (what the plugin does next anyway) lets the plugin start in seconds.
+        """
+        names = ",".join(f"'{self.erlang_name(n)}'" for n in nodes)
+        self.ctl(nodes[0], "eval", f"[rpc:call(N, ra, restart_server, [coordination, {{mqtt_node, N}}]) || N <- [{names}]].",
+                 check=False, timeout=60)
+        cmds = [[str(self.rabbit_bin() / "rabbitmq-plugins"), "-q", "-n", self.erlang_name(n), "enable", "--online",
+                 *LATE_PLUGINS] for n in nodes]
+        procs = [subprocess.Popen(c, env=self.rabbit_env(n), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for n, c in zip(nodes, cmds)]
+        for n, p in zip(nodes, procs):
+            out, _ = p.communicate(timeout=180)
+            if p.returncode != 0:
+                raise BrokerError(f"enabling {', '.join(LATE_PLUGINS)} on {n.name} failed: {out.strip()[-300:]}")
 
     def form_rabbit_cluster(self) -> None:
         """Join rabbit-2 and rabbit-3 to rabbit-1 once; membership survives restarts."""
@@ -472,8 +496,11 @@ log.console = false
         for n in todo:
             if n.system == "rabbitmq":
                 self.await_rabbit(n)
-        if any(n.system == "rabbitmq" for n in todo) and all(self.running(n) for n in RABBIT_NODES):
+        rabbits = [n for n in todo if n.system == "rabbitmq"]
+        if rabbits and all(self.running(n) for n in RABBIT_NODES):
             self.form_rabbit_cluster()
+        if rabbits:
+            self.enable_late_plugins(rabbits)
         for n in todo:
             if n.system == "kafka":
                 wait_for(lambda: n.index in kafka_broker_ids(2) or self._died(n), START_TIMEOUT,
