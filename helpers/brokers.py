@@ -141,6 +141,12 @@ def rabbit_node_info(n) -> dict | None:
     return {"node": overview.get("node"), "version": overview.get("rabbitmq_version")}
 
 
+def kafka_node_up(n, ids=None) -> bool:
+    """A Kafka node serves when its listener accepts connections and the cluster lists it.
+    (The metadata alone still lists a hard-killed broker until it is fenced, about 9 s later.)"""
+    return port_open(n.ports["kafka"]) and n.index in (kafka_broker_ids(2) if ids is None else ids)
+
+
 def kafka_healthy() -> bool:
     return kafka_broker_ids() >= {n.index for n in KAFKA_NODES}
 
@@ -503,7 +509,7 @@ log.console = false
             self.enable_late_plugins(rabbits)
         for n in todo:
             if n.system == "kafka":
-                wait_for(lambda: n.index in kafka_broker_ids(2) or self._died(n), START_TIMEOUT,
+                wait_for(lambda: kafka_node_up(n) or self._died(n), START_TIMEOUT,
                          f"{n.name} to join the Kafka cluster", hint=f"See `python -m helpers.brokers logs {n.name}`.")
 
     def _died(self, n):
@@ -587,10 +593,7 @@ class DockerBackend:
         self.compose(*args)
 
     def stop(self, nodes) -> None:
-        if len(nodes) == len(NODES):
-            self.compose("down")
-        else:
-            self.compose("stop", *[n.name for n in nodes])
+        self.compose("stop", *[n.name for n in nodes])
 
     def kill(self, n) -> None:
         self.compose("kill", "-s", "SIGKILL", n.name)
@@ -662,7 +665,7 @@ def start(name: str, backend_name: str | None = None) -> None:
     b = backend(backend_name)
     b.start([n])
     if n.system == "kafka":
-        wait_for(lambda: n.index in kafka_broker_ids(2), START_TIMEOUT, f"{name} to rejoin the Kafka cluster")
+        wait_for(lambda: kafka_node_up(n), START_TIMEOUT, f"{name} to rejoin the Kafka cluster")
     else:
         wait_for(lambda: rabbit_node_info(n) is not None, START_TIMEOUT, f"{name} to serve")
     print(f"{name} is up.")
@@ -680,7 +683,7 @@ def status_rows(backend_name: str | None = None) -> list:
     rows = []
     for n in NODES.values():
         if n.system == "kafka":
-            up_ = n.index in alive_kafka
+            up_ = kafka_node_up(n, alive_kafka)
         else:
             up_ = rabbit_node_info(n) is not None
         rows.append({"node": n.name, "role": n.role, "address": n.address,
