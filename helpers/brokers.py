@@ -34,6 +34,7 @@ POM = ROOT / "native" / "kafka" / "pom.xml"
 COMPOSE = ROOT / "docker-compose.yml"
 KAFKA_CLUSTER_ID = "c29wLWNvdXJzZS1rcmFmdA"  # 22 chars of base64: a fixed id for the local cluster
 START_TIMEOUT = 120.0
+RABBIT_BIN_DIRS = ["/usr/lib/rabbitmq/bin"]  # Debian/Ubuntu: the scripts that run as the caller
 LATE_PLUGINS = ("rabbitmq_mqtt",)
 
 
@@ -298,7 +299,7 @@ class NativeBackend:
 
     def rabbit_bin(self) -> Path:
         """The folder with rabbitmq-server and rabbitmqctl that run as the calling user."""
-        candidates = [os.environ.get("SOP_RABBITMQ_BIN"), "/usr/lib/rabbitmq/bin"]
+        candidates = [os.environ.get("SOP_RABBITMQ_BIN"), *RABBIT_BIN_DIRS]
         if os.geteuid() != 0:  # only root gets dropped to the rabbitmq user by the /usr/sbin wrappers
             found = shutil.which("rabbitmq-server")
             candidates.append(found and str(Path(found).resolve().parent))
