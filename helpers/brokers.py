@@ -425,6 +425,7 @@ stream.advertised_host = {HOST}
 stream.advertised_port = {p['stream']}
 log.file.level = info
 log.console = false
+cluster_name = systems-of-power
 """)
         # RabbitMQ 3.10's MQTT plugin keeps a Raft cluster of its own that, when every node boots at once,
         # waits 100 s for a leader; it is enabled online once the node is up instead (see enable_late_plugins).
@@ -696,9 +697,27 @@ def status_rows(backend_name: str | None = None) -> list:
 def format_table(rows: list) -> str:
     cols = list(rows[0])
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    lines = ["  ".join(c.ljust(widths[c]) for c in cols).rstrip()]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def kraft_quorum(backend_name: str | None = None) -> dict:
+    """The KRaft controller quorum, from Kafka's own ``kafka-metadata-quorum`` tool.
+
+    Returns ``{"leader": 2, "epoch": 7, "voters": [1, 2, 3], "observers": []}``.
+    (The controller id in ordinary client metadata is a random broker under KRaft, so ask the quorum.)
+    """
+    out = backend(backend_name).kafka_tool("org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server",
+                                           settings().kafka_bootstrap_servers.split(",")[0], "describe", "--status")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+    def ids(text):
+        return sorted(int(i) for i in re.findall(r'"id":\s*(\d+)', text)) or \
+            sorted(int(i) for i in re.findall(r"\d+", text))
+
+    return {"leader": int(fields["LeaderId"]), "epoch": int(fields["LeaderEpoch"]),
+            "voters": ids(fields.get("CurrentVoters", "")), "observers": ids(fields.get("CurrentObservers", "[]"))}
 
 
 def reset() -> dict:
