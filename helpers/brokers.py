@@ -267,6 +267,8 @@ class NativeBackend:
             except ProcessLookupError:
                 pass
             wait_for(lambda: not _alive(pid), 15, f"{n.name} to die")
+            # a JVM's leader thread turns zombie before its last threads have closed the sockets
+            wait_for(lambda: not any(port_open(p) for p in n.ports.values()), 15, f"{n.name}'s ports to close")
 
     # prerequisites
     def ensure_java(self) -> str:
