@@ -174,10 +174,13 @@ _quiet.propagate = False
 def kafka_config(**overrides) -> dict:
     """A confluent-kafka configuration for the configured cluster, plus your own keys.
 
-    Dots in Kafka property names become underscores in keyword arguments.
+    Dots in Kafka property names become underscores in keyword arguments; confluent-kafka's
+    callback keys (``on_delivery``, ``stats_cb``, ...) keep theirs.
 
     >>> kafka_config(client_id="demo")["client.id"]
     'demo'
+    >>> sorted(k for k in kafka_config(stats_cb=print, **{"linger.ms": 5}) if k != "logger")
+    ['bootstrap.servers', 'linger.ms', 'stats_cb']
     """
     s = settings()
     conf = {"bootstrap.servers": s.kafka_bootstrap_servers, "logger": _quiet}
@@ -191,8 +194,12 @@ def kafka_config(**overrides) -> dict:
         })
     if s.kafka_ssl_ca_location:
         conf["ssl.ca.location"] = s.kafka_ssl_ca_location
-    conf.update({k.replace("_", "."): v for k, v in overrides.items()})
+    conf.update({k if k in _PYTHON_KEYS or "." in k else k.replace("_", "."): v for k, v in overrides.items()})
     return conf
+
+
+# confluent-kafka's own keys, which keep their underscores (callbacks, and its dict-only options)
+_PYTHON_KEYS = {"on_delivery", "error_cb", "throttle_cb", "stats_cb", "oauth_cb", "on_commit", "logger"}
 
 
 def amqp_url(node: int = 1) -> str:

@@ -97,3 +97,10 @@ def test_amqp_urls_wrap_around_a_shorter_list(fresh_settings):
     assert config.amqp_url(3) == "amqps://u:p@mq.example:5671/course"
     params = config.amqp_parameters(2, heartbeat=30)
     assert (params.host, params.port, params.virtual_host, params.heartbeat) == ("mq.example", 5671, "course", 30)
+
+
+def test_kafka_config_keeps_callback_keys_and_converts_property_names():
+    conf = config.kafka_config(linger_ms=5, on_delivery=print, stats_cb=print, **{"enable.idempotence": True})
+    assert conf["linger.ms"] == 5 and conf["enable.idempotence"] is True
+    assert conf["on_delivery"] is print and conf["stats_cb"] is print
+    assert "on.delivery" not in conf and "stats.cb" not in conf
