@@ -347,12 +347,20 @@ share.coordinator.state.topic.min.isr=2
 group.initial.rebalance.delay.ms=0
 """
         (d / "server.properties").write_text(props)
+        # the log rolls over at 10 MB and keeps two old files: a course used for weeks creates and
+        # deletes thousands of topics, each logged several times
         (d / "log4j2.properties").write_text(f"""status = warn
-appender.file.type = File
+appender.file.type = RollingFile
 appender.file.name = FILE
 appender.file.fileName = {d / 'server.log'}
+appender.file.filePattern = {d / 'server.log.%i'}
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 10MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
 rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = FILE
 logger.kafka.name = kafka
