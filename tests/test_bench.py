@@ -218,7 +218,16 @@ def test_session_save_writes_json_and_csv_with_the_configuration(tmp_path, monke
 def test_max_rate_within_a_budget_stops_at_the_first_violation():
     rows = [{"offered_msgs_per_s": r, "p99_ms": p, "lost": 0} for r, p in ((100, 1), (200, 3), (400, 50))]
     assert bench._max_rate_within(rows, 10) == 200
-    assert bench._max_rate_within(rows, 0.5) is None
+    assert bench._max_rate_within(rows, 0.5) == 0  # a sweep ran, and no rate met the budget
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_every_headline_has_a_case_in_the_profile(name):
+    cases = {c.name: c for c in profiles.profile(name)[0]}
+    for role, names in bench.HEADLINE_CASES.items():
+        found = [cases[n] for n in names if n in cases]
+        assert found, f"profile {name} has no case for the headline {role} ({', '.join(names)})"
+        assert found[0].mode == "throughput" and found[0].size == 1024, (name, role)
 
 
 # --- the command line -------------------------------------------------------------------------------
