@@ -28,3 +28,17 @@ def queue_depth(channel, queue: str):
     finally:
         if probe.is_open:
             probe.close()
+
+
+def delete(connection, queues=(), exchanges=()) -> None:
+    """Delete ``queues`` then ``exchanges`` over ``connection``, each on a fresh channel, so that
+    one already gone (a 404 closes its channel) does not stop the rest."""
+    for remove, names in (("queue_delete", queues), ("exchange_delete", exchanges)):
+        for name in names:
+            channel = connection.channel()
+            try:
+                getattr(channel, remove)(name)
+            except pika.exceptions.ChannelClosedByBroker:
+                pass
+            if channel.is_open:
+                channel.close()

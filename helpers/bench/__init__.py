@@ -2,7 +2,7 @@
 
     python -m helpers.bench --profile quick          # about 90 s; progress on stderr, the table on stdout, files in bench-results/
     python -m helpers.bench --profile quick --json   # the same, plus ONE JSON summary line on stdout
-    python -m helpers.bench --profile full           # the whole matrix (about 40 min: run it on a quiet machine)
+    python -m helpers.bench --profile full           # the whole matrix (about 35 min: run it on a quiet machine)
 
 From a notebook::
 

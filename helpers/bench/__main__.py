@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m helpers.bench", description="Benchmark Kafka and RabbitMQ on this machine "
                 "(Python clients in separate processes, native Java baselines, physical floors).")
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help="smoke (~40 s), quick (~90 s, what lesson 09 runs) or full (the whole matrix, ~40 min)")
+                   help="smoke (~40 s), quick (~90 s, what lesson 09 runs) or full (the whole matrix, ~35 min)")
     p.add_argument("--only", choices=["floors", *GROUPS], help="run one part of the profile")
     p.add_argument("--json", action="store_true", help="print exactly one JSON summary line on stdout; "
                    "everything else goes to stderr; no progress bars")

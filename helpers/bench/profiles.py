@@ -1,4 +1,4 @@
-"""The workload matrix. ``full`` is the whole matrix (about 40 minutes: run it on a quiet machine);
+"""The workload matrix. ``full`` is the whole matrix (33 minutes measured on 2 cores: run it on a quiet machine);
 ``quick`` is the subset lesson 09 and the test suite run (about a minute and a half); ``smoke``
 is the smallest run that still exercises every part (floors, both systems, both natives, latency).
 
@@ -111,7 +111,7 @@ def full() -> list:
 PROFILES = {
     "smoke": (smoke, Timing(warmup=1.0, duration=1.5, step=1.0, floor_seconds=0.3)),
     "quick": (quick, Timing(warmup=1.0, duration=2.0, step=1.5, floor_seconds=0.5)),
-    "full": (full, Timing(warmup=2.0, duration=5.0, step=3.0, floor_seconds=2.0)),  # about 40 minutes
+    "full": (full, Timing(warmup=2.0, duration=5.0, step=3.0, floor_seconds=2.0)),  # 33 minutes measured on 2 cores
 }
 
 

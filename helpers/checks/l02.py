@@ -57,14 +57,7 @@ class _Sandbox:
     def close(self):
         try:
             if self.connection.is_open:
-                for name in self.queues:
-                    channel = self.connection.channel()
-                    try:
-                        channel.queue_delete(name)
-                    except pika.exceptions.ChannelClosedByBroker:
-                        pass
-                    if channel.is_open:
-                        channel.close()
+                rabbit.delete(self.connection, self.queues)
         finally:
             if self.connection.is_open:
                 self.connection.close()

@@ -90,15 +90,7 @@ class _Sandbox:
     def close(self):
         try:
             if self.connection.is_open:
-                for kind, names in (("queue", self.queues), ("exchange", self.exchanges)):
-                    for name in names:
-                        channel = self.connection.channel()
-                        try:
-                            (channel.queue_delete if kind == "queue" else channel.exchange_delete)(name)
-                        except pika.exceptions.ChannelClosedByBroker:
-                            pass
-                        if channel.is_open:
-                            channel.close()
+                rabbit.delete(self.connection, self.queues, self.exchanges)
         finally:
             if self.connection.is_open:
                 self.connection.close()

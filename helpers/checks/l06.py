@@ -68,15 +68,7 @@ class _Sandbox:
         if self.connection.is_open:
             self.connection.close()
         with rabbit.connect() as connection:
-            for kind, names in (("queue", self.queues), ("exchange", self.exchanges)):
-                for name in names:
-                    channel = connection.channel()
-                    try:
-                        (channel.queue_delete if kind == "queue" else channel.exchange_delete)(name)
-                    except pika.exceptions.ChannelClosedByBroker:
-                        pass
-                    if channel.is_open:
-                        channel.close()
+            rabbit.delete(connection, self.queues, self.exchanges)
 
     def __enter__(self):
         return self
