@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pika
 
-from .config import amqp_parameters
+from .config import amqp_parameters, unique_name
 
 
 def connect(node: int = 1, **overrides) -> pika.BlockingConnection:
@@ -42,3 +42,44 @@ def delete(connection, queues=(), exchanges=()) -> None:
                 pass
             if channel.is_open:
                 channel.close()
+
+
+class Sandbox:
+    """A connection of its own, uniquely named queues and exchanges, and a clean-up that deletes
+    exactly those (nothing a learner named). Use it as a context manager.
+
+    >>> with rabbit.Sandbox() as box:
+    ...     channel = box.channel()
+    ...     channel.queue_declare(box.name("demo"), durable=True)
+    """
+
+    def __init__(self):
+        self.connection = connect()
+        self.queues, self.exchanges = [], []
+
+    def channel(self, confirms: bool = True):
+        channel = self.connection.channel()
+        if confirms:
+            channel.confirm_delivery()
+        return channel
+
+    def name(self, stem: str, kind: str = "queue") -> str:
+        """A fresh name, remembered for the clean-up even if someone else declares it."""
+        name = unique_name(stem)
+        (self.queues if kind == "queue" else self.exchanges).append(name)
+        return name
+
+    def close(self):
+        """Close the connection (cancelling every consumer), then delete on a fresh one: deleting a
+        quorum queue while a consumer on the same connection is being cancelled can make RabbitMQ
+        3.10 close the whole connection with 541 INTERNAL_ERROR."""
+        if self.connection.is_open:
+            self.connection.close()
+        with connect() as connection:
+            delete(connection, self.queues, self.exchanges)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

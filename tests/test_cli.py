@@ -1,5 +1,4 @@
 """The command line: every failure a learner can cause ends in one sentence saying what to do."""
-import shutil
 import socket
 
 import pytest

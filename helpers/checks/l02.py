@@ -18,7 +18,7 @@ import time
 import pika
 import requests
 
-from .. import brokers, config, rabbit
+from .. import brokers, rabbit
 from . import check, learner_call
 
 PERSISTENT = pika.DeliveryMode.Persistent.value  # 2
@@ -26,23 +26,8 @@ PERSISTENT = pika.DeliveryMode.Persistent.value  # 2
 
 # --- plumbing -----------------------------------------------------------------------------------
 
-class _Sandbox:
-    """A connection for the check itself, uniquely named queues, and a clean-up that deletes them."""
-
-    def __init__(self):
-        self.connection = rabbit.connect()
-        self.queues = []
-
-    def channel(self, confirms: bool = True):
-        channel = self.connection.channel()
-        if confirms:
-            channel.confirm_delivery()
-        return channel
-
-    def name(self, stem: str) -> str:
-        name = config.unique_name(stem)
-        self.queues.append(name)
-        return name
+class _Sandbox(rabbit.Sandbox):
+    """The check's own connection and queues, deleted afterwards."""
 
     def queue(self, stem: str, *bodies, **declare) -> str:
         """A durable classic queue holding ``bodies`` (persistent, confirmed), in that order."""
@@ -53,20 +38,6 @@ class _Sandbox:
             channel.basic_publish("", name, body.encode(), pika.BasicProperties(delivery_mode=PERSISTENT))
         channel.close()
         return name
-
-    def close(self):
-        try:
-            if self.connection.is_open:
-                rabbit.delete(self.connection, self.queues)
-        finally:
-            if self.connection.is_open:
-                self.connection.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Watched:
@@ -290,7 +261,7 @@ def ex2(fb, consume_and_ack):
     acks = [e for e in watched.events if e[0] == "ack"]
     hint = ""
     if back and len(acks) == 1 and not acks[0][2]:
-        hint = (f" (you acknowledged one delivery tag without multiple=True, which acknowledges that one message "
+        hint = (" (you acknowledged one delivery tag without multiple=True, which acknowledges that one message "
                 "only; ack each message, or pass multiple=True)")
     fb.expect(not back, f"{len(back)} of the {EX2_N} messages you processed came back to the queue when your "
               f"connection closed ({_names(back)}): they were delivered but never acknowledged{hint}")

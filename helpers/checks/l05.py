@@ -12,7 +12,7 @@ import time
 import pika
 import requests
 
-from .. import brokers, config, rabbit, widgets
+from .. import brokers, rabbit, widgets
 from . import check, learner_call
 
 # --- exercise 1: topic patterns ---------------------------------------------------------------
@@ -59,23 +59,8 @@ EX4_KEYS = {"orders": True, "orders.eu.paid": True, "orders.us.express.shipped":
             "payments.eu.paid": False, "ordersx.eu.paid": False, "audit.orders": False}
 
 
-class _Sandbox:
-    """One connection, uniquely named resources, and a clean-up that deletes them all."""
-
-    def __init__(self):
-        self.connection = rabbit.connect()
-        self.queues, self.exchanges = [], []
-
-    def channel(self):
-        channel = self.connection.channel()
-        channel.confirm_delivery()
-        return channel
-
-    def name(self, stem: str, kind: str) -> str:
-        """A fresh name, remembered for the clean-up even if someone else declares it."""
-        name = config.unique_name(stem)
-        (self.queues if kind == "queue" else self.exchanges).append(name)
-        return name
+class _Sandbox(rabbit.Sandbox):
+    """The check's own connection, exchanges and queues, deleted afterwards."""
 
     def exchange(self, channel, stem: str, kind: str, **kwargs) -> str:
         name = self.name(stem, "exchange")
@@ -86,20 +71,6 @@ class _Sandbox:
         name = self.name(stem, "queue")
         channel.queue_declare(name, durable=True)
         return name
-
-    def close(self):
-        try:
-            if self.connection.is_open:
-                rabbit.delete(self.connection, self.queues, self.exchanges)
-        finally:
-            if self.connection.is_open:
-                self.connection.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _eventually(fetch, good, timeout: float = 2.0):

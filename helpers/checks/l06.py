@@ -23,24 +23,8 @@ from . import check, learner_call
 # --- plumbing -------------------------------------------------------------------------------
 
 
-class _Sandbox:
-    """One connection, uniquely named resources, and a clean-up that deletes them all."""
-
-    def __init__(self):
-        self.connection = rabbit.connect()
-        self.queues, self.exchanges = [], []
-
-    def channel(self, confirms=True):
-        channel = self.connection.channel()
-        if confirms:
-            channel.confirm_delivery()
-        return channel
-
-    def name(self, stem: str, kind: str = "queue") -> str:
-        """A fresh name, remembered for the clean-up even if someone else declares it."""
-        name = config.unique_name(stem)
-        (self.queues if kind == "queue" else self.exchanges).append(name)
-        return name
+class _Sandbox(rabbit.Sandbox):
+    """The check's own connection, quorum queues and exchanges, deleted afterwards."""
 
     def queue(self, channel, stem: str, **arguments) -> str:
         name = self.name(stem)
@@ -60,21 +44,6 @@ class _Sandbox:
             if until is not None and until():
                 return True
         return False
-
-    def close(self):
-        """Close the connection (cancelling every consumer), then delete the resources on a fresh one:
-        deleting a quorum queue while a consumer on the same connection is being cancelled can make
-        RabbitMQ 3.10 close the whole connection with 541 INTERNAL_ERROR."""
-        if self.connection.is_open:
-            self.connection.close()
-        with rabbit.connect() as connection:
-            rabbit.delete(connection, self.queues, self.exchanges)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _queue_info(name: str):
