@@ -60,17 +60,27 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
         return False
 
 
-def ensure_port_free(port: int, purpose: str) -> None:
-    """Raise ``BrokerError`` naming the port when another program already listens on it."""
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
+            return True
         except OSError:
+            return False
+
+
+def ensure_port_free(port: int, purpose: str, grace: float = 10.0) -> None:
+    """Raise ``BrokerError`` naming the port when another program still listens on it after
+    ``grace`` seconds (a node of ours that just died can hold its ports a moment longer)."""
+    deadline = time.monotonic() + grace
+    while not _bindable(port):
+        if time.monotonic() > deadline:
             raise BrokerError(
                 f"port {port} on {HOST} ({purpose}) is already taken by another program; "
                 f"stop that program (`ss -ltnp 'sport = :{port}'` shows which) and run `{UP_COMMAND}` again."
-            ) from None
+            )
+        time.sleep(0.2)
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.5, hint: str = ""):
@@ -511,10 +521,21 @@ cluster_name = systems-of-power
             (self.start_kafka if n.system == "kafka" else self.start_rabbit)(n)
         if not wait:
             return
-        for n in todo:
-            if n.system == "rabbitmq":
-                self.await_rabbit(n)
         rabbits = [n for n in todo if n.system == "rabbitmq"]
+        crashed = []
+        for n in rabbits:
+            try:
+                self.await_rabbit(n)
+            except BrokerError:
+                if self.running(n):  # still booting after the timeout: a second try would not help
+                    raise
+                crashed.append(n)
+        # RabbitMQ 3.10 nodes that boot together can trip over each other's feature-flag sync (seen here
+        # once: rabbit-2 exited with `incompatible_feature_flags`, {badmap,undefined}); a node started
+        # again once its peers are up joins them normally
+        for n in crashed:
+            self.start_rabbit(n)
+            self.await_rabbit(n)
         if rabbits and all(self.running(n) for n in RABBIT_NODES):
             self.form_rabbit_cluster()
         if rabbits:

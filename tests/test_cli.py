@@ -70,7 +70,7 @@ def test_a_taken_port_is_named():
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(BrokerError, match=f"port {port} on 127.0.0.1 \\(kafka-1 kafka\\) is already taken"):
-            brokers.ensure_port_free(port, "kafka-1 kafka")
+            brokers.ensure_port_free(port, "kafka-1 kafka", grace=0.5)
 
 
 def test_unreachable_cluster_names_the_command(fresh_settings):

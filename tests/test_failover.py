@@ -113,3 +113,31 @@ def test_reset_from_the_command_line_reports_counts(clusters):
     proc = cli("reset", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[2] for line in proc.stdout.splitlines()] == ["topics", "groups", "queues", "exchanges"]
+
+
+def test_a_rabbit_node_that_dies_while_booting_is_started_once_more(clusters, monkeypatch):
+    import os
+    import signal
+    import time
+
+    backend = brokers.backend()
+    node = NODES["rabbit-3"]
+    launched = []
+    start_rabbit = backend.start_rabbit
+
+    def first_boot_dies(n):  # as rabbit-2 once did, with incompatible_feature_flags
+        start_rabbit(n)
+        launched.append(n.name)
+        if len(launched) == 1:
+            time.sleep(2)
+            os.killpg(backend.pid(n), signal.SIGKILL)
+
+    backend.stop([node])
+    monkeypatch.setattr(backend, "start_rabbit", first_boot_dies)
+    try:
+        backend.start([node])
+    finally:
+        monkeypatch.undo()
+        brokers.start("rabbit-3")  # a no-op when the retry worked; brings the node back when it did not
+    assert launched == ["rabbit-3", "rabbit-3"]
+    assert brokers.rabbit_node_info(node) is not None
