@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import kafka_config, unique_name
@@ -55,6 +55,20 @@ def partition_count(name: str) -> int:
     # list every topic: asking for one by name lets the brokers auto-create it
     meta = client.list_topics(timeout=10).topics.get(name)
     return 0 if meta is None or meta.error is not None else len(meta.partitions)
+
+
+def watermarks(topic: str) -> dict:
+    """``{partition: (low, high)}`` of ``topic`` as the brokers report them now; ``{}`` when it does
+    not exist. Messages stored in a partition = high - low. Asked through a consumer that never
+    joins a group (a consumer does not auto-create the topic it asks about)."""
+    c = Consumer(kafka_config(**{"group.id": unique_name("watermarks"), "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return {}
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in sorted(meta.partitions)}
+    finally:
+        c.close()
 
 
 def consume(topic: str, n: int, timeout: float = 30.0, **conf) -> list:

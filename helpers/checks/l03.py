@@ -33,15 +33,8 @@ def partition_ids(client, topic: str) -> list:
 
 def watermark_counts(topic: str) -> list:
     """Messages per partition as the brokers report them: high watermark - low watermark."""
-    c = _consumer()
-    try:
-        counts = []
-        for p in partition_ids(c, topic):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            counts.append(high - low)
-        return counts
-    finally:
-        c.close()
+    marks = kafka.wait_until(lambda: kafka.watermarks(topic), 30, f"topic {topic} to appear in the metadata")
+    return [high - low for _p, (low, high) in sorted(marks.items())]
 
 
 def read_all(topic: str, timeout: float = 20.0) -> list:

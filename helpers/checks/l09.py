@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 
+from .. import kafka
 from ..bench import Case, run_throughput
 from ..bench.stats import corrected_percentile
 from . import check, learner_call
@@ -49,19 +50,7 @@ def _kafka_case(name: str, conf: dict) -> Case:
 
 
 def _messages_in_topic(topic: str) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    from ..config import kafka_config, unique_name
-
-    c = Consumer(kafka_config(**{"group.id": unique_name("lab09-watermarks")}))
-    try:
-        total = 0
-        for p in range(3):
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            total += hi - lo
-        return total
-    finally:
-        c.close()
+    return sum(high - low for low, high in kafka.watermarks(topic).values())
 
 
 @check(1, "tune the Kafka producer to at least 1.5x the baseline's throughput, keeping acks=all")
