@@ -14,6 +14,7 @@ import socket
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -58,37 +59,36 @@ def _echo(port_queue, rounds):
     srv.close()
 
 
-def loopback_bandwidth(seconds: float = 0.5) -> float:
-    """MiB/s one process can push to another over loopback TCP."""
+@contextmanager
+def _peer(serve, arg):
+    """Run ``serve(queue, arg)`` in another process; yield (the port it listens on, the queue)."""
     from .runner import mp_context
 
     ctx = mp_context()
     q = ctx.Queue()
-    p = ctx.Process(target=_sink, args=(q, seconds), daemon=True)
+    p = ctx.Process(target=serve, args=(q, arg), daemon=True)
     p.start()
     try:
-        port = q.get(timeout=30)
+        yield q.get(timeout=30), q
+    finally:
+        p.join(10)
+
+
+def loopback_bandwidth(seconds: float = 0.5) -> float:
+    """MiB/s one process can push to another over loopback TCP."""
+    with _peer(_sink, seconds) as (port, q):
         data = b"\0" * CHUNK
         with socket.create_connection(("127.0.0.1", port)) as s:
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 s.sendall(data)
         n, took = q.get(timeout=60)
-    finally:
-        p.join(10)
     return n / took / CHUNK if took > 0 else None
 
 
 def loopback_rtt(rounds: int = 2000) -> dict:
     """Round-trip time of one byte between two processes: median and p99 in µs."""
-    from .runner import mp_context
-
-    ctx = mp_context()
-    q = ctx.Queue()
-    p = ctx.Process(target=_echo, args=(q, rounds), daemon=True)
-    p.start()
-    try:
-        port = q.get(timeout=30)
+    with _peer(_echo, rounds) as (port, _q):
         times = []
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -97,8 +97,6 @@ def loopback_rtt(rounds: int = 2000) -> dict:
                 s.sendall(b"x")
                 s.recv(1)
                 times.append((time.perf_counter_ns() - t0) / 1000)
-    finally:
-        p.join(10)
     times.sort()
     return {"median_us": statistics.median(times), "p99_us": times[int(0.99 * (len(times) - 1))]}
 
